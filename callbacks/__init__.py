@@ -1,0 +1,1 @@
+"""Lightning callbacks of mrtl_lightning."""

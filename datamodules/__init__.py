@@ -1,0 +1,1 @@
+"""Per-dataset LightningDataModules that view their data at any resolution of a schedule."""

@@ -1,0 +1,3 @@
+"""Multiresolution Tensor Learning (MRTL) with PyTorch Lightning and Hydra."""
+
+__version__ = "0.1.0"
