@@ -178,6 +178,14 @@ class TensorDataModule(pl.LightningDataModule):
         """(rows, cols) bool, True where a spatial mode's cell has data; None if all have."""
         return None
 
+    def baselines(self, split: str) -> dict[str, torch.Tensor]:
+        """Reference predictions for ``split`` to report beside the model, by name."""
+        return {}
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-ready summary of the prepared data for ``summary.json``."""
+        return {f"{split}_samples": int(len(self.targets(split))) for split in SPLITS}
+
     def plot_spatial(self, ax, mode: str, image, **imshow_kwargs):
         """Draw one (rows, cols) image of spatial mode ``mode`` on ``ax``; returns the artist."""
         return ax.imshow(image, origin="upper", interpolation="nearest", **imshow_kwargs)
