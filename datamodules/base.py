@@ -233,8 +233,12 @@ class TensorDataModule(pl.LightningDataModule):
             )
         if training:
             sampler = ShardedBatchSampler(
-                len(dataset), self.batch_size, shuffle=True, seed=self.seed,
-                rank=rank, world_size=world_size,
+                len(dataset),
+                self.batch_size,
+                shuffle=True,
+                seed=self.seed,
+                rank=rank,
+                world_size=world_size,
             )
             if self.trainer is not None:
                 sampler.set_epoch(self.trainer.current_epoch)
@@ -256,9 +260,11 @@ class TensorDataModule(pl.LightningDataModule):
     # ----- checkpoints ------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        resolution = None if self._resolution is None else {
-            name: list(grid) for name, grid in self._resolution.items()
-        }
+        resolution = (
+            None
+            if self._resolution is None
+            else {name: list(grid) for name, grid in self._resolution.items()}
+        )
         return {"resolution": resolution}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

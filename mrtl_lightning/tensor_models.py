@@ -216,8 +216,9 @@ class FullRankTensor(TensorModel):
         l2 = l2_scale * torch.sum(masked * masked)
         spatial = weight.new_zeros(())
         for name, axes in self.spatial_axes().items():
+            # Masked cells of every mode are already zero in ``masked``: they take no part.
             raw = full_rank_spatial_penalty(
-                weight, axes, self.kernels(name, sigma, weight), self.mask(name)
+                masked, axes, self.kernels(name, sigma, weight), self.mask(name)
             )
             spatial = spatial + raw * (l2_scale / self.num_cells(name))
         return l2, spatial

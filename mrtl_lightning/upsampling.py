@@ -22,7 +22,7 @@ from mrtl_lightning.modes import Grid
 
 
 def upsample_nearest(tensor: torch.Tensor, axes: Grid, grid: Grid) -> torch.Tensor:
-    """Nearest-neighbour upsampling of the grid at ``axes`` (rows, cols) of ``tensor`` to ``grid``."""
+    """Nearest-neighbour upsampling of the grid at ``axes`` (rows, cols) to ``grid``."""
     for axis, size in zip(axes, grid):
         parents = parent_cells(size, tensor.shape[axis]).to(tensor.device)
         tensor = tensor.index_select(axis, parents)
@@ -75,7 +75,7 @@ def upsample(
     mask: torch.Tensor | None = None,
     fine_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Finegrain the grid at ``axes`` with the scheme of the mode's encoding ("nearest"/"bilinear")."""
+    """Finegrain the grid at ``axes`` by the mode's scheme ("nearest" or "bilinear")."""
     if tuple(tensor.shape[axis] for axis in axes) == tuple(grid):
         return tensor
     if any(tensor.shape[axis] > size for axis, size in zip(axes, grid)):

@@ -1,0 +1,100 @@
+"""End-to-end runs on the synthetic data: recovery, interpretability, outputs and resume."""
+
+import json
+import logging
+
+import pytest
+import torch
+from conftest import compose_config
+
+from mrtl_lightning.train import train
+
+REGRESSION = ("dataset=synthetic_regression", "logger=none")
+
+
+@pytest.fixture(scope="module")
+def regression_runs(tmp_path_factory):
+    """MRTL and the random-initialisation baseline on the same synthetic regression data."""
+    runs = {}
+    for method in ("mrtl", "random"):
+        output = tmp_path_factory.mktemp(method)
+        runs[method] = (train(compose_config(output, *REGRESSION, f"method={method}")), output)
+    return runs
+
+
+def test_mrtl_recovers_the_planted_factors(regression_runs):
+    summary, _ = regression_runs["mrtl"]
+    congruence = summary["planted_congruence"]
+    assert congruence["mean"] >= 0.9, congruence
+    assert min(congruence["per_mode"].values()) >= 0.85, congruence
+
+
+def test_mrtl_factors_are_more_spatially_coherent_than_random(regression_runs):
+    mrtl = regression_runs["mrtl"][0]["morans_i"]["ocean"]["mean"]
+    random = regression_runs["random"][0]["morans_i"]["ocean"]["mean"]
+    assert mrtl > random + 0.3, (mrtl, random)
+
+
+def test_summary_and_figures_are_complete(regression_runs):
+    summary, output = regression_runs["mrtl"]
+    written = json.loads((output / "summary.json").read_text())
+    for key in (
+        "method",
+        "dataset",
+        "criterion",
+        "seed",
+        "phases",
+        "total_train_time_s",
+        "test",
+        "morans_i",
+        "baselines",
+    ):
+        assert key in written, key
+    assert [p["rank"] for p in written["phases"]] == ["full", "full", "low", "low"]
+    assert [p["resolution"]["ocean"] for p in written["phases"]] == [
+        [4, 8],
+        [8, 16],
+        [8, 16],
+        [16, 32],
+    ]
+    for phase in written["phases"]:
+        assert phase["epochs"] >= 1 and phase["wall_time_s"] > 0
+        assert phase["end_reason"] in ("criterion", "cap", "max_epochs")
+    assert written["test"]["mse"] < written["baselines"]["zero"]["mse"]
+    for name in ("factors_ocean.png", "loss_vs_time.png"):
+        assert (output / "figures" / name).stat().st_size > 1000
+    assert (output / "checkpoints" / "last.ckpt").exists()
+    full_to_low = [m for m in written["moves"] if "cp_relative_error" in m]
+    assert len(full_to_low) == 1
+
+
+def test_default_classification_run_logs_one_line_per_move(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    cfg = compose_config(tmp_path, "dataset.num_samples=6000", "trainer.max_epochs=30")
+    summary = train(cfg)
+    lines = [r.message for r in caplog.records if "finegrain" in r.message and "→" in r.message]
+    assert len(lines) == len(summary["moves"]) == len(summary["phases"]) - 1
+    assert set(summary["test"]) >= {"loss", "f1", "precision", "recall"}
+    assert set(summary["morans_i"]) == {"court", "defenders"}
+    assert (tmp_path / "csv" / "metrics.csv").exists()
+
+
+def test_resumed_run_ends_at_the_same_resolution_sequence(tmp_path):
+    overrides = (
+        *REGRESSION,
+        "dataset.num_samples=1200",
+        "checkpoint.save_top_k=-1",
+        "+checkpoint.filename='{epoch}'",
+        "trainer.max_epochs=40",
+    )
+    whole = train(compose_config(tmp_path / "whole", *overrides))
+    first_move = whole["moves"][0]["epoch"]
+    checkpoint = tmp_path / "whole" / "checkpoints" / f"epoch={first_move + 1}.ckpt"
+    assert checkpoint.exists()
+    stored = torch.load(checkpoint, weights_only=False)
+    assert stored["mrtl_structure"]["resolution"] == {"ocean": [8, 16]}
+
+    resumed = train(compose_config(tmp_path / "resumed", *overrides, f"ckpt_path='{checkpoint}'"))
+    sequence = [(p["rank"], p["resolution"]) for p in whole["phases"]]
+    assert [(p["rank"], p["resolution"]) for p in resumed["phases"]] == sequence
+    assert [m["epoch"] for m in resumed["moves"]] == [m["epoch"] for m in whole["moves"]]
