@@ -94,7 +94,9 @@ class SyntheticDataModule(TensorDataModule):
 
     def describe(self):
         info = super().describe()
-        info.update(planted_rank=self.planted_rank, positive_rate=float(self.target.mean()))
+        info["planted_rank"] = self.planted_rank
+        if self.spec.task == "classification":
+            info["positive_rate"] = float(self.target.mean())
         return info
 
 

@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
+from pytorch_lightning.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from mrtl_lightning.analysis import congruence, factor_morans_i
@@ -24,6 +26,11 @@ from mrtl_lightning.figures import factor_heatmaps, loss_curves
 from mrtl_lightning.schedule import check_phases
 
 log = logging.getLogger(__name__)
+
+# Metrics are reduced over processes by the module itself before they are logged, so
+# Lightning's advice to add sync_dist=True does not apply.
+warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
+warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
 
 
 def build(cfg: DictConfig):
@@ -100,7 +107,23 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             log_images(trainer, summary["figures"])
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=_jsonable))
         log.info("summary: %s", output_dir / "summary.json")
+        finish_loggers(trainer, summary)
     return summary
+
+
+def finish_loggers(trainer: pl.Trainer, summary: dict[str, Any]) -> None:
+    """Close W&B runs so that each job of a sweep gets its own run, with the summary attached."""
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            run = logger.experiment
+            run.summary.update(
+                {
+                    "total_train_time_s": summary["total_train_time_s"],
+                    "best_val_loss": summary["best_val_loss"],
+                    **{f"test/{key}": value for key, value in summary["test"].items()},
+                }
+            )
+            run.finish()
 
 
 def summarise(cfg, datamodule, model, finegrain, test_metrics, fit_seconds) -> dict[str, Any]:
@@ -108,7 +131,7 @@ def summarise(cfg, datamodule, model, finegrain, test_metrics, fit_seconds) -> d
     record = finegrain.summary()
     summary: dict[str, Any] = {
         "method": cfg.method.name,
-        "dataset": cfg.dataset._target_.rsplit(".", 1)[-1],
+        "dataset": cfg.get("dataset_name") or cfg.dataset._target_.rsplit(".", 1)[-1],
         "criterion": cfg.criterion.get("name", cfg.criterion._target_.rsplit(".", 1)[-1]),
         "seed": cfg.seed,
         "phases": record["phases"],
