@@ -82,7 +82,7 @@ def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def markdown(table: pd.DataFrame) -> str:
-    """The aggregated table in the paper's layout, ``mean ± std`` per cell, empty columns dropped."""
+    """The aggregated table in the paper's layout: ``mean ± std`` per cell, no empty columns."""
     columns = [
         ("full_time_s", "full rank time [s]"),
         ("full_val_loss", "full rank val loss"),

@@ -18,8 +18,8 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
-from pytorch_lightning.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import WandbLogger
 
 from mrtl_lightning.analysis import congruence, factor_morans_i
 from mrtl_lightning.figures import factor_heatmaps, loss_curves

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import py7zr
+
 from conftest import data_dir
 
 PBP_GAME_IDS = ("0021500022", "0021500311", "0021500391")

@@ -14,7 +14,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from basketball_fixtures import PBP_GAME_IDS, pbp_dir, write_fixture  # noqa: E402
-
 from datamodules import sportvu  # noqa: E402
 from datamodules.basketball import BasketballDataModule  # noqa: E402
 from datamodules.sportvu import ExtractionSettings, load_season, read_game, read_pbp  # noqa: E402

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 import torch
 import xarray as xr
-from conftest import compose_config, data_dir
 from hydra.utils import instantiate
 
+from conftest import compose_config, data_dir
 from datamodules import climate, climate_io
 from datamodules.climate import ClimateDataModule
 

@@ -5,8 +5,8 @@ import logging
 
 import pytest
 import torch
-from conftest import compose_config
 
+from conftest import compose_config
 from mrtl_lightning.train import train
 
 REGRESSION = ("dataset=synthetic_regression", "logger=none")
