@@ -135,15 +135,23 @@ class MRTLModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         scores = self.tensor(batch)
-        data_loss = self.data_loss(scores, batch["target"])
-        hp = self.optimisation[self.rank]
-        loss = data_loss
-        if hp["l2"] or hp["spatial"]:
-            l2, spatial = self.tensor.penalties(self.sigma)
-            loss = loss + hp["l2"] * l2 + hp["spatial"] * spatial
+        # The penalties' gradients are added in backward(); their values are logged per epoch.
+        loss = self.data_loss(scores, batch["target"])
         # Logged once per epoch from running sums: per-step logging costs more than a step.
         self._accumulate("train", scores.detach(), batch["target"])
         return loss
+
+    def backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
+        """Backward of the data loss, then the regularisers' gradients added in place.
+
+        The penalties are deterministic functions of weights that are identical on every DDP
+        process, so adding their gradient after the data gradient's all-reduce is exact, and it
+        keeps two full-size kernel passes and their temporaries out of the autograd graph.
+        """
+        loss.backward(*args, **kwargs)
+        hp = self.optimisation[self.rank]
+        if hp["l2"] or hp["spatial"]:
+            self.tensor.add_penalty_gradients(hp["l2"], hp["spatial"], self.sigma)
 
     def validation_step(self, batch, batch_idx):
         self._accumulate("val", self.tensor(batch), batch["target"])
@@ -212,6 +220,14 @@ class MRTLModule(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
+        with torch.no_grad():
+            l2, spatial = self.tensor.penalties(self.sigma)
+        hp = self.optimisation[self.rank]
+        penalties = {
+            "train/l2_penalty": hp["l2"] * float(l2),
+            "train/spatial_penalty": hp["spatial"] * float(spatial),
+        }
+        self.log_dict(penalties, on_epoch=True)
 
     def on_validation_epoch_end(self) -> None:
         if not self.trainer.sanity_checking:

@@ -59,6 +59,46 @@ def apply_kernel(tensor: torch.Tensor, kernels: tuple[torch.Tensor, torch.Tensor
     return apply_along(apply_along(tensor, kernels[0], rows_axis), kernels[1], cols_axis)
 
 
+def smooth_accumulate(
+    weight: torch.Tensor,
+    out: torch.Tensor,
+    workspace: torch.Tensor,
+    axes: Grid,
+    kernels: tuple[torch.Tensor, torch.Tensor],
+    alpha: float,
+) -> None:
+    """``out += alpha · (K_rows ⊗ K_cols) weight`` along ``axes``, in place, allocation-free.
+
+    The column kernel is applied into ``workspace`` (same shape as ``weight``); the row kernel
+    then accumulates straight into ``out`` (``addmm_``/``baddbmm_``), so the two passes read and
+    write each full-size tensor once and no temporary of that size is created.
+    """
+    rows_axis, cols_axis = axes
+    shape = weight.shape
+    before, size, after = (
+        math.prod(shape[:cols_axis]),
+        shape[cols_axis],
+        math.prod(shape[cols_axis + 1 :]),
+    )
+    if after == 1:
+        torch.matmul(weight.view(before, size), kernels[1], out=workspace.view(before, size))
+    else:
+        torch.matmul(
+            kernels[1], weight.view(before, size, after), out=workspace.view(before, size, after)
+        )
+    before, size, after = (
+        math.prod(shape[:rows_axis]),
+        shape[rows_axis],
+        math.prod(shape[rows_axis + 1 :]),
+    )
+    if before == 1:
+        out.view(size, after).addmm_(kernels[0], workspace.view(size, after), alpha=alpha)
+    else:
+        out.view(before, size, after).baddbmm_(
+            kernels[0].expand(before, size, size), workspace.view(before, size, after), alpha=alpha
+        )
+
+
 def kernel_row_sums(
     kernels: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None
 ) -> torch.Tensor:

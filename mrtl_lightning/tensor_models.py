@@ -24,10 +24,13 @@ from torch import nn
 
 from mrtl_lightning.modes import Resolution, TensorSpec
 from mrtl_lightning.regularizers import (
+    apply_kernel,
     axis_kernel,
     cp_spatial_penalty,
     full_rank_spatial_penalty,
+    kernel_row_sums,
     mode_scale,
+    smooth_accumulate,
 )
 from mrtl_lightning.upsampling import upsample
 
@@ -108,6 +111,24 @@ class TensorModel(nn.Module):
             mode_scale(self.num_cells(m.name), m.encoding == "dense")
             for m in self.spec.spatial_modes
         )
+
+    def add_penalty_gradients(self, l2: float, spatial: float, sigma: float) -> None:
+        """Add the gradient of ``l2 · L2 + spatial · Σ_s R_s`` to every weight's ``.grad``.
+
+        The LightningModule calls this after the data loss's backward pass, so penalties never
+        enter the autograd graph of a step. This generic version differentiates
+        :meth:`penalties`; the full-rank model overrides it with an allocation-free one.
+        """
+        parameters = self.weight_parameters()
+        with torch.enable_grad():
+            l2_value, spatial_value = self.penalties(sigma)
+            gradients = torch.autograd.grad(l2 * l2_value + spatial * spatial_value, parameters)
+        with torch.no_grad():
+            for parameter, gradient in zip(parameters, gradients):
+                if parameter.grad is None:
+                    parameter.grad = gradient
+                else:
+                    parameter.grad.add_(gradient)
 
     def weight_parameters(self) -> list[nn.Parameter]:
         """Every parameter but the biases: the ones gradient criteria and penalties look at."""
@@ -222,6 +243,41 @@ class FullRankTensor(TensorModel):
             )
             spatial = spatial + raw * (l2_scale / self.num_cells(name))
         return l2, spatial
+
+    @torch.no_grad()
+    def add_penalty_gradients(self, l2: float, spatial: float, sigma: float) -> None:
+        """Penalty gradients added in place: ``2 l2 s W + 4 λ Σ_s n_s (κ_s ⊙ W − K_s W)``.
+
+        Without masks every term is linear in ``W`` with a separable kernel: the κ and L2
+        terms fold into one broadcast multiplier (one pass), and each spatial mode's ``K_s W``
+        takes two kernel passes that accumulate into ``.grad`` through one reused workspace.
+        A step thus allocates nothing of the size of ``W`` (the models with masks use the
+        generic autograd version; they are the small dense-field ones).
+        """
+        if self.masked_modes:
+            super().add_penalty_gradients(l2, spatial, sigma)
+            return
+        weight = self.weight
+        if weight.grad is None:
+            weight.grad = torch.zeros_like(weight)
+        gradient = weight.grad
+        scale = self.l2_scale()
+        diagonal = weight.new_full([1] * weight.ndim, 2.0 * l2 * scale)
+        smoothing = []
+        for name, axes in self.spatial_axes().items():
+            kernels = self.kernels(name, sigma, weight)
+            coefficient = 4.0 * spatial * scale / self.num_cells(name)
+            shape = [1] * weight.ndim
+            shape[axes[0]], shape[axes[1]] = self.resolution[name]
+            kappa = kernel_row_sums(kernels, None).reshape(shape)
+            diagonal = diagonal + coefficient * kappa
+            smoothing.append((axes, kernels, coefficient))
+        gradient.addcmul_(weight, diagonal)
+        if spatial:
+            if getattr(self, "_workspace", None) is None or self._workspace.shape != weight.shape:
+                self._workspace = torch.empty_like(weight)
+            for axes, kernels, coefficient in smoothing:
+                smooth_accumulate(weight, gradient, self._workspace, axes, kernels, -coefficient)
 
     @torch.no_grad()
     def finegrained(self, resolution: Resolution, masks: Masks | None = None) -> FullRankTensor:
@@ -431,6 +487,62 @@ class CPTensor(TensorModel):
             )
             spatial = spatial + raw * (l2_scale / self.num_cells(mode.name))
         return l2, spatial
+
+    @torch.no_grad()
+    def add_penalty_gradients(self, l2: float, spatial: float, sigma: float) -> None:
+        """Closed-form gradients of the penalties, added to the factors' ``.grad`` in place.
+
+        With ``M_s = diag(κ) − K`` and ``H_s`` the Hadamard product of the other modes' Grams,
+        ``R_s = 2 tr(H_s F_sᵀ M_s F_s)``, so ``∂R_s/∂F_s = 4 M_s F_s H_s`` and, for another
+        mode t, ``∂R_s/∂F_t = 4 F_t (C_s ⊙ H_{s,−t})`` with ``C_s = F_sᵀ M_s F_s``. A dozen
+        small matrix products replace the autograd graph of :meth:`penalties`, whose per-op
+        overhead would dominate a low-rank training step.
+        """
+        names = list(self.factors)
+        factors, gradients = {}, {}
+        for name in names:
+            parameter = self.factors[name]
+            if parameter.grad is None:
+                parameter.grad = torch.zeros_like(parameter)
+            gradients[name] = parameter.grad.view(-1, self.cp_rank)
+            factor = self.flat_factor(name)
+            mask = self.mask(name) if name in self.masked_modes else None
+            if mask is not None:
+                factor = factor * mask.reshape(-1, 1).to(factor.dtype)
+            factors[name] = factor
+        grams = {name: factor.T @ factor for name, factor in factors.items()}
+
+        for name in names:
+            scale = 1.0
+            if name in self.resolution:
+                scale = mode_scale(self.num_cells(name), self.spec.mode(name).encoding == "dense")
+            gradients[name].add_(factors[name], alpha=2.0 * l2 * scale)
+        if not spatial:
+            return
+        l2_scale = self.l2_scale()
+        for mode in self.spec.spatial_modes:
+            coefficient = 4.0 * spatial * l2_scale / self.num_cells(mode.name)
+            factor = factors[mode.name]
+            rows, cols = self.resolution[mode.name]
+            kernels = self.kernels(mode.name, sigma, factor)
+            mask = self.mask(mode.name)
+            kappa = kernel_row_sums(kernels, mask).reshape(-1, 1)
+            smoothed = apply_kernel(factor.reshape(rows, cols, -1), kernels, (0, 1))
+            difference = kappa * factor - smoothed.reshape(factor.shape)  # M_s F_s
+            if mask is not None:
+                difference = difference * mask.reshape(-1, 1).to(factor.dtype)
+            others = [name for name in names if name != mode.name]
+            hadamard = torch.ones_like(grams[mode.name])
+            for name in others:
+                hadamard = hadamard * grams[name]
+            gradients[mode.name].addmm_(difference, hadamard, alpha=coefficient)
+            cross = factor.T @ difference  # C_s
+            for name in others:
+                partial = cross.clone()
+                for other in others:
+                    if other != name:
+                        partial = partial * grams[other]
+                gradients[name].addmm_(factors[name], partial, alpha=coefficient)
 
     @torch.no_grad()
     def finegrained(self, resolution: Resolution, masks: Masks | None = None) -> CPTensor:

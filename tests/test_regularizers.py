@@ -98,3 +98,31 @@ def test_l2_penalty_is_invariant_under_nearest_finegraining():
 def test_sigma_must_be_positive():
     with pytest.raises(ValueError, match="sigma"):
         axis_kernel(4, 0.0)
+
+
+REGRESSION_SPEC = TensorSpec(
+    "regression", (), (("lag", 3), ("variable", 2)), (SpatialMode("ocean", "dense"),)
+)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        lambda: FullRankTensor(SPEC, RESOLUTION, init_scale=1.0),
+        lambda: FullRankTensor(SPEC, RESOLUTION, {"court": torch.rand(4, 5) > 0.3}, 1.0),
+        lambda: CPTensor(SPEC, RESOLUTION, {"court": torch.rand(4, 5) > 0.3}, 4, 1.0),
+        lambda: CPTensor(REGRESSION_SPEC, {"ocean": (4, 6)}, None, 3, 1.0),
+    ],
+    ids=["full", "full-masked", "cp-masked", "cp-dense"],
+)
+def test_in_place_penalty_gradients_equal_autograd_of_the_penalties(model):
+    torch.manual_seed(5)
+    model = model().double()
+    model.add_penalty_gradients(1e-2, 1e-1, 0.05)
+    fast = [p.grad.clone() for p in model.weight_parameters()]
+    for parameter in model.parameters():
+        parameter.grad = None
+    l2, spatial = model.penalties(0.05)
+    (1e-2 * l2 + 1e-1 * spatial).backward()
+    for mine, parameter in zip(fast, model.weight_parameters()):
+        assert torch.allclose(mine, parameter.grad, rtol=1e-9, atol=1e-15)
