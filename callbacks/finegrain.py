@@ -140,6 +140,7 @@ class Finegrain(Callback):
             self.max_epochs_per_resolution is not None
             and epochs_here >= self.max_epochs_per_resolution
         )
+        end_reason = "criterion" if act else "cap"
         if capped and not act:
             reason = f"max_epochs_per_resolution {self.max_epochs_per_resolution} reached"
         act = trainer.strategy.reduce_boolean_decision(act or capped, all=True)
@@ -153,12 +154,12 @@ class Finegrain(Callback):
                 "rank": self.phase.rank,
                 "resolution": format_resolution(self.phase.resolution),
                 "criterion": value,
-                **{key: value for key, value in metrics.items() if not key.startswith("test/")},
+                **{key: number for key, number in metrics.items() if not key.startswith("test/")},
             }
         )
         if not act:
             return
-        self._close_phase(trainer, "criterion" if reason and not capped else "cap", reason)
+        self._close_phase(trainer, end_reason, reason)
         if self.phase_index + 1 < len(self.phases):
             self._move(trainer, pl_module, reason)
         else:

@@ -98,3 +98,18 @@ def test_resumed_run_ends_at_the_same_resolution_sequence(tmp_path):
     sequence = [(p["rank"], p["resolution"]) for p in whole["phases"]]
     assert [(p["rank"], p["resolution"]) for p in resumed["phases"]] == sequence
     assert [m["epoch"] for m in resumed["moves"]] == [m["epoch"] for m in whole["moves"]]
+
+
+def test_epoch_cap_moves_on_when_the_criterion_does_not(tmp_path):
+    cfg = compose_config(
+        tmp_path,
+        *REGRESSION,
+        "dataset.num_samples=600",
+        "criterion.patience=50",
+        "finegrain.max_epochs_per_resolution=2",
+        "figures=false",
+    )
+    summary = train(cfg)
+    assert [p["epochs"] for p in summary["phases"]] == [2, 2, 2, 2]
+    assert {p["end_reason"] for p in summary["phases"]} == {"cap"}
+    assert [h["epoch"] for h in summary["history"]] == list(range(8))
