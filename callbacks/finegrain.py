@@ -18,6 +18,7 @@ same step; the new weights are broadcast from rank zero and the DDP wrapper is r
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -101,7 +102,14 @@ class Finegrain(Callback):
         self._clock_start = time.perf_counter()
         if not self.history:  # a fresh fit; a resumed one keeps its restored phase clock
             self.phase_start_time = self.elapsed()
-            log.info("MRTL starts: %s", self.phase.describe())
+        if trainer.is_global_zero:
+            log.info(
+                "training %s: %s (phase %d of %d)",
+                "resumes" if self.history else "starts",
+                self.phase.describe(),
+                self.phase_index + 1,
+                len(self.phases),
+            )
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._gradient_sum = None
@@ -159,7 +167,7 @@ class Finegrain(Callback):
         )
         if not act:
             return
-        self._close_phase(trainer, end_reason, reason)
+        self._close_phase(end_reason, reason)
         if self.phase_index + 1 < len(self.phases):
             self._move(trainer, pl_module, reason)
         else:
@@ -174,32 +182,36 @@ class Finegrain(Callback):
                 )
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if not self.finished and len(self.records) == self.phase_index:
-            self._close_phase(trainer, "max_epochs", f"trainer.max_epochs {trainer.max_epochs}")
+        if not self.finished and trainer.is_global_zero:
+            log.info(
+                "training stopped by trainer.max_epochs=%s at %s before the schedule finished "
+                "(phase %d of %d); resume with ckpt_path=... and a larger trainer.max_epochs",
+                trainer.max_epochs,
+                self.phase.describe(),
+                self.phase_index + 1,
+                len(self.phases),
+            )
 
     # ----- moves ------------------------------------------------------------------------------
 
-    def _close_phase(self, trainer, end_reason: str, detail: str) -> None:
-        now = self.elapsed()
-        best = min(
-            (
-                h.get("val/loss", float("inf"))
-                for h in self.history
-                if h["phase"] == self.phase_index
-            ),
-            default=float("nan"),
-        )
-        self.records.append(
-            {
-                "rank": self.phase.rank,
-                "resolution": {k: list(v) for k, v in self.phase.resolution.items()},
-                "epochs": trainer.current_epoch - self.phase_start_epoch + 1,
-                "wall_time_s": now - self.phase_start_time,
-                "best_val_loss": best,
-                "end_reason": end_reason,
-                "detail": detail,
-            }
-        )
+    def _phase_record(self, end_reason: str, detail: str) -> dict[str, Any]:
+        """What ``summary.json`` says of the current phase, ended now (or at its last epoch)."""
+        epochs = [h for h in self.history if h["phase"] == self.phase_index]
+        # A phase ends with its last validation (moves and stops happen right after it).
+        end_time = epochs[-1]["wall_time_s"] if epochs else self.phase_start_time
+        last_epoch = epochs[-1]["epoch"] if epochs else self.phase_start_epoch - 1
+        return {
+            "rank": self.phase.rank,
+            "resolution": {k: list(v) for k, v in self.phase.resolution.items()},
+            "epochs": last_epoch - self.phase_start_epoch + 1,
+            "wall_time_s": end_time - self.phase_start_time,
+            "best_val_loss": min((h.get("val/loss", math.inf) for h in epochs), default=math.nan),
+            "end_reason": end_reason,
+            "detail": detail,
+        }
+
+    def _close_phase(self, end_reason: str, detail: str) -> None:
+        self.records.append(self._phase_record(end_reason, detail))
 
     def _move(self, trainer: pl.Trainer, pl_module, reason: str) -> None:
         current = self.phase
@@ -285,8 +297,11 @@ class Finegrain(Callback):
 
     def summary(self) -> dict[str, Any]:
         """Phases, moves and per-rank checksums for ``summary.json``."""
+        phases = list(self.records)
+        if not self.finished:  # stopped by trainer.max_epochs: the open phase ends there
+            phases.append(self._phase_record("max_epochs", "trainer.max_epochs reached"))
         return {
-            "phases": self.records,
+            "phases": phases,
             "moves": self.moves,
             "history": self.history,
             "parameter_checksums": self.checksums,

@@ -193,8 +193,8 @@ class SyntheticRegression(SyntheticDataModule):
     def __init__(
         self,
         num_samples: int = 3000,
-        lags: int = 3,
-        variables: int = 2,
+        lags: int = 4,
+        variables: int = 3,
         native_grid: tuple[int, int] = (16, 32),
         cp_rank: int = 3,
         noise: float = 0.1,

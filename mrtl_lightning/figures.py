@@ -32,11 +32,17 @@ def factor_heatmaps(datamodule, mode: str, factors, path: Path, title: str = "")
     subplot_kw = {}
     if hasattr(datamodule, "figure_axes_kwargs"):
         subplot_kw = datamodule.figure_axes_kwargs(mode) or {}
+    # Panels take the images' aspect (a 40×90 ocean is wide, a 12×12 box square).
+    aspect = min(max(factors.shape[1] / factors.shape[2], 0.35), 2.0)
     figure, axes = plt.subplots(
-        rows, columns, figsize=(3.2 * columns, 2.8 * rows), squeeze=False, subplot_kw=subplot_kw
+        rows,
+        columns,
+        figsize=(3.4 * columns + 1.0, 3.4 * aspect * rows + 0.9),
+        squeeze=False,
+        subplot_kw=subplot_kw,
+        layout="constrained",
     )
-    cmap = matplotlib.colormaps["RdBu_r"].copy()
-    cmap.set_bad(alpha=0.0)
+    cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad=(1.0, 1.0, 1.0, 0.0))
     artist = None
     for k, ax in enumerate(axes.flat):
         if k >= count:
@@ -46,7 +52,7 @@ def factor_heatmaps(datamodule, mode: str, factors, path: Path, title: str = "")
         artist = datamodule.plot_spatial(ax, mode, image, cmap=cmap, vmin=-1, vmax=1)
         ax.set_title(f"factor {k + 1}", fontsize=9)
     if artist is not None:
-        figure.colorbar(artist, ax=axes.ravel().tolist(), shrink=0.8)
+        figure.colorbar(artist, ax=axes.ravel().tolist(), shrink=0.9, label="normalised weight")
     figure.suptitle(title or f"{mode}: latent factors (normalised)")
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)

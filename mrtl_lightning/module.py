@@ -13,7 +13,12 @@ training split) for classification, MSE for regression; plus ``λ_l2 · L2 + λ_
 over the epoch and reduced over DDP processes once, so they are exact whatever the sharding.
 
 The learning rate decays by ``γ`` every epoch from the start of the current rank (full or low),
-continuing across finegraining; the switch to low rank starts from the low-rank rate.
+continuing across finegraining; the switch to low rank starts from the low-rank rate. Weights of
+dense (averaged-field) modes shrink by ``D_r / D_{r+1}`` at every bilinear finegraining, so
+their learning rate is scaled by ``D_start / D`` (``D_start``: the mode's cells when the rank
+began). Adam's steps have the size of the learning rate whatever the gradient's scale, so this
+is Adam on the resolution-invariant ``D · W``; without it the first steps after a move are far
+larger, relative to the weights, than the last ones before it.
 """
 
 from __future__ import annotations
@@ -88,6 +93,7 @@ class MRTLModule(pl.LightningModule):
             self.register_buffer("class_weights", weights.float())
         self.tensor: TensorModel = self.build_tensor(rank, resolution, masks, init_scale)
         self.rank_start_epoch = 0
+        self.reference_cells = self.dense_cells()
         self.last_metrics: dict[str, float] = {}
         self._sums: dict[str, torch.Tensor] = {}
 
@@ -111,9 +117,34 @@ class MRTLModule(pl.LightningModule):
 
     def replace_tensor(self, tensor: TensorModel, next_epoch: int) -> None:
         """Swap in a finegrained or decomposed model; the optimiser must be rebuilt after."""
-        if isinstance(tensor, CPTensor) != isinstance(self.tensor, CPTensor):
-            self.rank_start_epoch = next_epoch
+        rank_changes = isinstance(tensor, CPTensor) != isinstance(self.tensor, CPTensor)
         self.tensor = tensor
+        if rank_changes:
+            self.rank_start_epoch = next_epoch
+            self.reference_cells = self.dense_cells()
+
+    def dense_cells(self) -> dict[str, int]:
+        """Number of cells of every dense spatial mode at the current resolution."""
+        return {mode.name: self.tensor.num_cells(mode.name) for mode in self.spec.dense_modes}
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Optimiser groups with their ``lr_scale``: ``D_start / D`` for dense spatial weights."""
+        ratio = {
+            name: cells / self.tensor.num_cells(name)
+            for name, cells in self.reference_cells.items()
+        }
+        bias = list(self.tensor.bias.parameters())
+        if isinstance(self.tensor, CPTensor):
+            groups = [
+                {"params": [factor], "lr_scale": ratio.get(name, 1.0)}
+                for name, factor in self.tensor.factors.items()
+            ]
+        else:
+            scale = 1.0
+            for value in ratio.values():
+                scale *= value
+            groups = [{"params": [self.tensor.weight], "lr_scale": scale}]
+        return groups + [{"params": bias, "lr_scale": 1.0}]
 
     def describe(self) -> str:
         return f"{self.rank} rank at {format_resolution(self.resolution)}"
@@ -215,11 +246,12 @@ class MRTLModule(pl.LightningModule):
         lr = hp["lr"] * self.lr_decay ** (self.current_epoch - self.rank_start_epoch)
         for optimizer in self.trainer.optimizers:
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
         self.log("lr", lr, on_epoch=True)
 
     def on_train_epoch_end(self) -> None:
-        self._log_epoch("train")
+        if "train" in self._sums:  # not logged yet: this epoch ran no validation
+            self._log_epoch("train")
         with torch.no_grad():
             l2, spatial = self.tensor.penalties(self.sigma)
         hp = self.optimisation[self.rank]
@@ -230,10 +262,14 @@ class MRTLModule(pl.LightningModule):
         self.log_dict(penalties, on_epoch=True)
 
     def on_validation_epoch_end(self) -> None:
-        if not self.trainer.sanity_checking:
-            self._log_epoch("val")
-        else:
+        if self.trainer.sanity_checking:
             self._sums.pop("val", None)
+            return
+        # Validation runs before on_train_epoch_end: log the finished training epoch here so
+        # that the Finegrain callback's record of this epoch holds this epoch's train metrics.
+        if "train" in self._sums:
+            self._log_epoch("train")
+        self._log_epoch("val")
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
@@ -242,7 +278,10 @@ class MRTLModule(pl.LightningModule):
 
     def configure_optimizers(self):
         hp = self.optimisation[self.rank]
-        return torch.optim.Adam(self.tensor.parameters(), lr=hp["lr"], fused=self.fused_optimizer)
+        groups = self.parameter_groups()
+        for group in groups:
+            group["lr"] = hp["lr"] * group["lr_scale"]
+        return torch.optim.Adam(groups, lr=hp["lr"], fused=self.fused_optimizer)
 
     # ----- checkpoints ------------------------------------------------------------------------
 
@@ -251,6 +290,7 @@ class MRTLModule(pl.LightningModule):
             "rank": self.rank,
             "resolution": {name: list(grid) for name, grid in self.resolution.items()},
             "rank_start_epoch": self.rank_start_epoch,
+            "reference_cells": self.reference_cells,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -263,3 +303,4 @@ class MRTLModule(pl.LightningModule):
         }
         self.tensor = self.build_tensor(structure["rank"], resolution, masks, 0.0).to(self.device)
         self.rank_start_epoch = structure["rank_start_epoch"]
+        self.reference_cells = dict(structure["reference_cells"])

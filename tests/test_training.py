@@ -68,10 +68,10 @@ def test_summary_and_figures_are_complete(regression_runs):
     assert len(full_to_low) == 1
 
 
-def test_default_classification_run_logs_one_line_per_move(tmp_path, caplog):
+def test_default_classification_run_recovers_factors_and_logs_each_move(tmp_path, caplog):
     caplog.set_level(logging.INFO)
-    cfg = compose_config(tmp_path, "dataset.num_samples=6000", "trainer.max_epochs=30")
-    summary = train(cfg)
+    summary = train(compose_config(tmp_path))  # exactly what `make run` trains
+    assert summary["planted_congruence"]["mean"] >= 0.9, summary["planted_congruence"]
     lines = [r.message for r in caplog.records if "finegrain" in r.message and "→" in r.message]
     assert len(lines) == len(summary["moves"]) == len(summary["phases"]) - 1
     assert set(summary["test"]) >= {"loss", "f1", "precision", "recall"}
@@ -113,3 +113,25 @@ def test_epoch_cap_moves_on_when_the_criterion_does_not(tmp_path):
     assert [p["epochs"] for p in summary["phases"]] == [2, 2, 2, 2]
     assert {p["end_reason"] for p in summary["phases"]} == {"cap"}
     assert [h["epoch"] for h in summary["history"]] == list(range(8))
+
+
+def test_run_stopped_by_max_epochs_resumes_from_last_checkpoint(tmp_path):
+    overrides = (*REGRESSION, "dataset.num_samples=1200", "figures=false")
+    whole = train(compose_config(tmp_path / "whole", *overrides, "trainer.max_epochs=40"))
+    stop = whole["moves"][0]["epoch"] + 3  # in the middle of the second phase
+    cut = train(compose_config(tmp_path / "cut", *overrides, f"trainer.max_epochs={stop}"))
+    assert cut["phases"][-1]["end_reason"] == "max_epochs"
+    assert len(cut["phases"]) == 2
+
+    last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
+    resumed = train(
+        compose_config(
+            tmp_path / "resumed", *overrides, "trainer.max_epochs=40", f"ckpt_path='{last}'"
+        )
+    )
+    assert [(p["rank"], p["resolution"], p["epochs"]) for p in resumed["phases"]] == [
+        (p["rank"], p["resolution"], p["epochs"]) for p in whole["phases"]
+    ]
+    assert [m["step"] for m in resumed["moves"]] == [m["step"] for m in whole["moves"]]
+    assert [h["epoch"] for h in resumed["history"]] == [h["epoch"] for h in whole["history"]]
+    assert resumed["test"]["mse"] == pytest.approx(whole["test"]["mse"], rel=1e-5)
