@@ -104,7 +104,8 @@ def launch(cfg: DictConfig) -> dict[str, Any]:
 
 def worker_main(config_path: str) -> None:
     """Entry of a DDP worker process started by :func:`launch`."""
-    logging.basicConfig(level=logging.INFO, format="[rank %(process)d] %(message)s")
+    rank = os.environ.get("LOCAL_RANK", "?")
+    logging.basicConfig(level=logging.INFO, format=f"[DDP rank {rank}] %(message)s")
     cfg = OmegaConf.load(config_path)
     train(cfg)
     if dist.is_available() and dist.is_initialized():

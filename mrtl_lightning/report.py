@@ -49,6 +49,7 @@ def stage_row(summary: dict) -> dict:
     phases = summary["phases"]
     history = summary.get("history", [])
     full = [h for h in history if h.get("rank") == "full"]
+    low = [h.get("val/loss", math.nan) for h in history if h.get("rank") == "low"]
     row = {
         "dataset": summary["dataset"],
         "method": summary["method"],
@@ -58,6 +59,7 @@ def stage_row(summary: dict) -> dict:
         "full_val_loss": full[-1].get("val/loss", math.nan) if full else math.nan,
         "full_val_f1": full[-1].get("val/f1", math.nan) if full else math.nan,
         "low_time_s": sum(p["wall_time_s"] for p in phases if p["rank"] == "low"),
+        "low_best_val_loss": min(low, default=math.nan),
         "test_loss": summary["test"].get("loss", math.nan),
         "test_f1": summary["test"].get("f1", math.nan),
         "test_mse": summary["test"].get("mse", math.nan),
@@ -88,6 +90,7 @@ def markdown(table: pd.DataFrame) -> str:
         ("full_val_loss", "full rank val loss"),
         ("full_val_f1", "full rank val F1"),
         ("low_time_s", "low rank time [s]"),
+        ("low_best_val_loss", "low rank best val loss"),
         ("test_loss", "test loss"),
         ("test_f1", "test F1"),
         ("test_mse", "test MSE"),
@@ -100,6 +103,8 @@ def markdown(table: pd.DataFrame) -> str:
         if c.startswith("baseline_") and c.endswith("_mean")
     ]
     present = [(key, label) for key, label in columns if table[f"{key}_mean"].notna().any()]
+    if table["test_mse_mean"].equals(table["test_loss_mean"]):  # regression: the loss is the MSE
+        present = [(key, label) for key, label in present if key != "test_mse"]
     header = ["dataset", "method", "criterion", "seeds"] + [label for _, label in present]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in table.iterrows():
@@ -158,30 +163,24 @@ def report(root: Path, out: Path | None = None) -> dict[str, Path]:
     by_method = defaultdict(list)
     for summary in summaries:
         by_method[summary["method"]].append(summary)
-    compared = by_method.get("mrtl", []) + by_method.get("fixed", [])
-    figures = {
-        "loss_vs_time": curves_figure(
-            compared,
-            "val/loss",
-            out / "loss_vs_time.png",
-            "method",
-            "validation loss: MRTL vs fixed resolution",
-        ),
-        "f1_vs_time": curves_figure(
-            compared,
-            "val/f1",
-            out / "f1_vs_time.png",
-            "method",
-            "validation F1: MRTL vs fixed resolution",
-        ),
-        "criteria": curves_figure(
-            by_method.get("mrtl", []),
+    figures = {}
+    if len(by_method) > 1:  # figures 4 and 10: the methods against wall time
+        methods = " vs ".join(sorted(by_method))
+        figures["loss_vs_time"] = curves_figure(
+            summaries, "val/loss", out / "loss_vs_time.png", "method", f"validation loss: {methods}"
+        )
+        figures["f1_vs_time"] = curves_figure(
+            summaries, "val/f1", out / "f1_vs_time.png", "method", f"validation F1: {methods}"
+        )
+    mrtl_runs = by_method.get("mrtl", [])
+    if len({s["criterion"] for s in mrtl_runs}) > 1:  # figure 5: the criteria compared
+        figures["criteria"] = curves_figure(
+            mrtl_runs,
             "val/loss",
             out / "criteria.png",
             "criterion",
-            "finegraining criteria compared",
-        ),
-    }
+            "MRTL validation loss by finegraining criterion",
+        )
     written.update({name: path for name, path in figures.items() if path is not None})
     return written
 

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 # Lightning's advice to add sync_dist=True does not apply.
 warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
 warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
+# CP-ALS's SVD initialisation asks for more singular vectors than a small mode has (rank 5 of
+# a single-variable mode) and tensorly fills the rest at random, as intended.
+warnings.filterwarnings("ignore", message="Trying to compute SVD with n_eigenvecs")
 
 
 def build(cfg: DictConfig):
