@@ -34,4 +34,4 @@ lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf $(VENV) outputs multirun .pytest_cache bench.json
+	rm -rf $(VENV) outputs multirun .pytest_cache bench.json bench_runs

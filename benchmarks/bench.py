@@ -58,7 +58,7 @@ class EpochTimer(pl.Callback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
-def throughput(rank: str, samples: int, epochs: int = 2) -> dict:
+def throughput(rank: str, samples: int, epochs: int = 3) -> dict:
     """Training samples per second of one model at the finest basketball resolution."""
     datamodule = SyntheticClassification(
         num_samples=samples, num_entities=50, batch_size=128, split=(0.98, 0.01, 0.01), seed=0

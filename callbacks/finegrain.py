@@ -248,7 +248,9 @@ class Finegrain(Callback):
         self.criterion.reset()
         self.phase_index += 1
         self.phase_start_epoch = trainer.current_epoch + 1
-        self.phase_start_time = self.elapsed()
+        # The next phase starts where this one ended (its last validation): the move itself
+        # (CP-ALS, upsampling) counts towards the phase it prepares.
+        self.phase_start_time = self.history[-1]["wall_time_s"]
         self.best_val_loss = float("inf")
         # Hooks after validation may not self.log: write the move to the loggers directly.
         for logger in trainer.loggers:
