@@ -70,7 +70,6 @@ class Finegrain(Callback):
         self.phase_index = 0
         self.phase_start_epoch = 0
         self.phase_start_time = 0.0
-        self.best_val_loss = float("inf")
         self.history: list[dict[str, Any]] = []
         self.records: list[dict[str, Any]] = []
         self.moves: list[dict[str, Any]] = []
@@ -142,7 +141,6 @@ class Finegrain(Callback):
         # One statistic for all processes: rank zero's, so criterion state stays identical.
         value = float(trainer.strategy.broadcast(value, src=0))
         act, reason = self.criterion.update(value)
-        self.best_val_loss = min(self.best_val_loss, val_loss)
         epochs_here = trainer.current_epoch - self.phase_start_epoch + 1
         capped = (
             self.max_epochs_per_resolution is not None
@@ -251,7 +249,6 @@ class Finegrain(Callback):
         # The next phase starts where this one ended (its last validation): the move itself
         # (CP-ALS, upsampling) counts towards the phase it prepares.
         self.phase_start_time = self.history[-1]["wall_time_s"]
-        self.best_val_loss = float("inf")
         # Hooks after validation may not self.log: write the move to the loggers directly.
         for logger in trainer.loggers:
             logger.log_metrics(

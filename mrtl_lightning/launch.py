@@ -73,11 +73,11 @@ def launch(cfg: DictConfig) -> dict[str, Any]:
         )
         for rank in range(1, processes)
     ]
-    failed = threading.Event()
+
+    stopping = threading.Event()
 
     def watch(worker: subprocess.Popen) -> None:
-        if worker.wait() != 0:
-            failed.set()
+        if worker.wait() != 0 and not stopping.is_set():
             log.error("DDP worker (pid %d) exited with code %d", worker.pid, worker.returncode)
             # Rank 0 would wait forever in a collective for the dead worker.
             os._exit(1)
@@ -88,6 +88,7 @@ def launch(cfg: DictConfig) -> dict[str, Any]:
     try:
         return train(cfg)
     finally:
+        stopping.set()  # rank 0 is done (or failed and reports why): workers may end now
         for worker in workers:
             try:
                 worker.wait(timeout=120)

@@ -144,7 +144,12 @@ class MRTLModule(pl.LightningModule):
             for value in ratio.values():
                 scale *= value
             groups = [{"params": [self.tensor.weight], "lr_scale": scale}]
-        return groups + [{"params": bias, "lr_scale": 1.0}]
+        groups.append({"params": bias, "lr_scale": 1.0})
+        # One group per distinct scale: the fused Adam kernel runs once per group.
+        merged: dict[float, list] = {}
+        for group in groups:
+            merged.setdefault(group["lr_scale"], []).extend(group["params"])
+        return [{"params": params, "lr_scale": scale} for scale, params in merged.items()]
 
     def describe(self) -> str:
         return f"{self.rank} rank at {format_resolution(self.resolution)}"
@@ -193,24 +198,19 @@ class MRTLModule(pl.LightningModule):
     # ----- metrics ----------------------------------------------------------------------------
 
     def _accumulate(self, stage: str, scores: torch.Tensor, target: torch.Tensor) -> None:
+        """Add a batch to the epoch's sums (a handful of tensor ops, no host synchronisation)."""
         with torch.no_grad():
-            values = [self.data_loss(scores, target, reduction="sum")]
+            loss = self.data_loss(scores, target, reduction="sum")
+            count = torch.full_like(loss, target.numel())
             if self.spec.task == "classification":
-                weights = self.class_weights[target.long()]
-                predicted = scores > 0
-                positive = target > 0.5
-                values += [
-                    weights.sum(),
-                    scores.new_zeros(()),
-                    scores.new_tensor(float(target.numel())),
-                    (predicted & positive).sum().to(scores.dtype),
-                    (predicted & ~positive).sum().to(scores.dtype),
-                    (~predicted & positive).sum().to(scores.dtype),
-                ]
+                # Confusion counts in one pass: code 2·predicted + positive → tn, fn, fp, tp.
+                code = (scores > 0).long() * 2 + (target > 0.5).long()
+                tn, fn, fp, tp = torch.bincount(code, minlength=4).to(loss.dtype)
+                weight = self.class_weights[target.long()].sum()
+                stacked = torch.stack([loss, weight, torch.zeros_like(loss), count, tp, fp, fn])
             else:
-                count = scores.new_tensor(float(target.numel()))
-                values += [count, values[0], count] + [scores.new_zeros(())] * 3
-            stacked = torch.stack(values)
+                zero = torch.zeros_like(loss)
+                stacked = torch.stack([loss, count, loss, count, zero, zero, zero])
         if stage in self._sums:
             self._sums[stage] += stacked
         else:
