@@ -27,6 +27,7 @@ import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.loggers import WandbLogger
 
 from mrtl_lightning.criteria import Criterion
 from mrtl_lightning.modes import format_resolution
@@ -264,9 +265,9 @@ class Finegrain(Callback):
                 move["to"],
                 reason,
             )
-        for logger in trainer.loggers:
-            if hasattr(logger, "experiment") and type(logger).__name__ == "WandbLogger":
-                logger.experiment.summary[f"finegrain/move_{len(self.moves)}"] = move
+            for logger in trainer.loggers:
+                if isinstance(logger, WandbLogger):  # the move as a run summary entry too
+                    logger.experiment.summary[f"finegrain/move_{len(self.moves)}"] = move
 
     # ----- checkpoints ------------------------------------------------------------------------
 

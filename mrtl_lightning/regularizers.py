@@ -143,7 +143,7 @@ class _SpatialPenalty(torch.autograd.Function):
         return grad_output * gradient, None, None, None, None, None
 
 
-def _broadcast(plane: torch.Tensor, ndim: int, axes: Grid) -> torch.Tensor:
+def broadcast_plane(plane: torch.Tensor, ndim: int, axes: Grid) -> torch.Tensor:
     """View an (H, C) plane so it broadcasts against a tensor whose grid sits at ``axes``."""
     shape = [1] * ndim
     shape[axes[0]], shape[axes[1]] = plane.shape
@@ -166,8 +166,8 @@ def full_rank_spatial_penalty(
     Returns:
         The unnormalised sum of eq. 3 (a scalar).
     """
-    kappa = _broadcast(kernel_row_sums(kernels, mask), weight.ndim, axes)
-    mask_b = None if mask is None else _broadcast(mask.to(weight.dtype), weight.ndim, axes)
+    kappa = broadcast_plane(kernel_row_sums(kernels, mask), weight.ndim, axes)
+    mask_b = None if mask is None else broadcast_plane(mask.to(weight.dtype), weight.ndim, axes)
     return _SpatialPenalty.apply(weight, kernels[0], kernels[1], kappa, mask_b, axes)
 
 

@@ -26,6 +26,7 @@ from mrtl_lightning.modes import Resolution, TensorSpec
 from mrtl_lightning.regularizers import (
     apply_kernel,
     axis_kernel,
+    broadcast_plane,
     cp_spatial_penalty,
     full_rank_spatial_penalty,
     kernel_row_sums,
@@ -223,17 +224,19 @@ class FullRankTensor(TensorModel):
             scores = (scores * slot_weights).reshape(size, -1).sum(1)
         return scores + self.bias(batch)
 
+    def masked_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        """``weight`` with the masked cells of every spatial mode set to zero."""
+        for name, axes in self.spatial_axes().items():
+            mask = self.mask(name)
+            if mask is not None:
+                weight = weight * broadcast_plane(mask.to(weight.dtype), weight.ndim, axes)
+        return weight
+
     def penalties(self, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Resolution-normalised (L2, spatial) penalties; spatial is eq. 3 summed over modes."""
         weight = self.weight
         l2_scale = self.l2_scale()
-        masked = weight
-        for name, axes in self.spatial_axes().items():
-            mask = self.mask(name)
-            if mask is not None:
-                shape = [1] * weight.ndim
-                shape[axes[0]], shape[axes[1]] = mask.shape
-                masked = masked * mask.reshape(shape).to(weight.dtype)
+        masked = self.masked_weight(weight)
         l2 = l2_scale * torch.sum(masked * masked)
         spatial = weight.new_zeros(())
         for name, axes in self.spatial_axes().items():
@@ -267,9 +270,7 @@ class FullRankTensor(TensorModel):
         for name, axes in self.spatial_axes().items():
             kernels = self.kernels(name, sigma, weight)
             coefficient = 4.0 * spatial * scale / self.num_cells(name)
-            shape = [1] * weight.ndim
-            shape[axes[0]], shape[axes[1]] = self.resolution[name]
-            kappa = kernel_row_sums(kernels, None).reshape(shape)
+            kappa = broadcast_plane(kernel_row_sums(kernels, None), weight.ndim, axes)
             diagonal = diagonal + coefficient * kappa
             smoothing.append((axes, kernels, coefficient))
         gradient.addcmul_(weight, diagonal)
@@ -302,13 +303,7 @@ class FullRankTensor(TensorModel):
 
     def mode_tensor(self) -> torch.Tensor:
         """``W`` with each spatial grid flattened to one mode, masked cells zeroed."""
-        weight = self.weight.detach()
-        for name, axes in self.spatial_axes().items():
-            mask = self.mask(name)
-            if mask is not None:
-                shape = [1] * weight.ndim
-                shape[axes[0]], shape[axes[1]] = mask.shape
-                weight = weight * mask.reshape(shape).to(weight.dtype)
+        weight = self.masked_weight(self.weight.detach())
         shape = [n for _, n in self.spec.entity_modes]
         shape += [self.num_cells(m.name) for m in self.spec.sparse_modes]
         shape += [n for _, n in self.spec.feature_modes]
