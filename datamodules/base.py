@@ -19,9 +19,13 @@ single-process one.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -29,6 +33,23 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from mrtl_lightning.modes import Grid, Resolution, TensorSpec, as_resolution
 
 SPLITS = ("train", "val", "test")
+
+
+def save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
+    """Write a cache file so that no reader ever sees it half written.
+
+    Several DDP processes may prepare the same data at once: each writes a temporary file in
+    the target folder and renames it into place (atomic on one file system).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, suffix=".npz.partial")
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            np.savez(handle, **arrays)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def index_batch(tree: Any, index: torch.Tensor) -> Any:

@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,7 +46,7 @@ import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch.utils.data import Dataset
 
-from datamodules.base import SPLITS, TensorDataModule
+from datamodules.base import SPLITS, TensorDataModule, save_npz_atomic
 from datamodules.climate_io import (
     MONTHS_PER_YEAR,
     MonthlySeries,
@@ -462,12 +460,7 @@ class ClimateDataModule(TensorDataModule):
                     return cached["field"], cached["valid"]
         field, valid = conservative_regrid(self._field, grid, row_weights=self._row_weights)
         if path is not None:
-            # Several DDP processes may write the same file: each writes its own temporary file
-            # and renames it into place, so a reader never sees a partial one.
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as out:
-                np.savez(out, field=field, valid=valid)
-            os.replace(out.name, path)
+            save_npz_atomic(path, field=field, valid=valid)
             log_rank_zero(logging.INFO, "cached the ocean fields at %d×%d in %s", *grid, path)
         return field, valid
 

@@ -75,7 +75,6 @@ import json
 import logging
 import lzma
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -86,6 +85,8 @@ import numpy as np
 import pandas as pd
 import py7zr
 from tqdm.auto import tqdm
+
+from datamodules.base import save_npz_atomic
 
 log = logging.getLogger(__name__)
 
@@ -584,21 +585,12 @@ def _concatenate(results: list) -> Season:
 
 
 def _write_cache(path: Path, season: Season) -> None:
-    """Write the season atomically: a temporary file in the same folder, then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, suffix=".npz.partial")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            np.savez(
-                handle,
-                game_ids=np.array(season.game_ids, dtype=str),
-                counts=np.array(json.dumps(season.counts)),
-                **season.samples,
-            )
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    save_npz_atomic(
+        path,
+        game_ids=np.array(season.game_ids, dtype=str),
+        counts=np.array(json.dumps(season.counts)),
+        **season.samples,
+    )
 
 
 def _read_cache(path: Path) -> Season:

@@ -30,7 +30,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from mrtl_lightning.modes import Resolution, TensorSpec, format_resolution
+from mrtl_lightning.modes import Resolution, TensorSpec
 from mrtl_lightning.tensor_models import CPTensor, FullRankTensor, TensorModel
 
 # Sums accumulated over an epoch, in this order.
@@ -151,9 +151,6 @@ class MRTLModule(pl.LightningModule):
             merged.setdefault(group["lr_scale"], []).extend(group["params"])
         return [{"params": params, "lr_scale": scale} for scale, params in merged.items()]
 
-    def describe(self) -> str:
-        return f"{self.rank} rank at {format_resolution(self.resolution)}"
-
     # ----- loss -------------------------------------------------------------------------------
 
     def forward(self, batch: Mapping[str, Any]) -> torch.Tensor:
@@ -161,21 +158,24 @@ class MRTLModule(pl.LightningModule):
         scores = self.tensor(batch)
         return torch.sigmoid(scores) if self.spec.task == "classification" else scores
 
-    def data_loss(self, scores: torch.Tensor, target: torch.Tensor, reduction: str = "mean"):
+    def sample_losses(self, scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """(batch,) class-weighted cross-entropy of the logits, or squared error."""
         if self.spec.task == "classification":
             weights = self.class_weights[target.long()]
-            losses = weights * F.binary_cross_entropy_with_logits(scores, target, reduction="none")
-        else:
-            losses = (scores - target) ** 2
-        return losses.mean() if reduction == "mean" else losses.sum()
+            return weights * F.binary_cross_entropy_with_logits(scores, target, reduction="none")
+        return (scores - target) ** 2
+
+    def data_loss(self, scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The mean data loss of a batch (what training minimises, before the penalties)."""
+        return self.sample_losses(scores, target).mean()
 
     def training_step(self, batch, batch_idx):
         scores = self.tensor(batch)
         # The penalties' gradients are added in backward(); their values are logged per epoch.
-        loss = self.data_loss(scores, batch["target"])
+        losses = self.sample_losses(scores, batch["target"])
         # Logged once per epoch from running sums: per-step logging costs more than a step.
-        self._accumulate("train", scores.detach(), batch["target"])
-        return loss
+        self._accumulate("train", scores.detach(), batch["target"], losses.detach())
+        return losses.mean()
 
     def backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
         """Backward of the data loss, then the regularisers' gradients added in place.
@@ -190,17 +190,21 @@ class MRTLModule(pl.LightningModule):
             self.tensor.add_penalty_gradients(hp["l2"], hp["spatial"], self.sigma)
 
     def validation_step(self, batch, batch_idx):
-        self._accumulate("val", self.tensor(batch), batch["target"])
+        self._evaluate("val", batch)
 
     def test_step(self, batch, batch_idx):
-        self._accumulate("test", self.tensor(batch), batch["target"])
+        self._evaluate("test", batch)
+
+    def _evaluate(self, stage: str, batch) -> None:
+        scores, target = self.tensor(batch), batch["target"]
+        self._accumulate(stage, scores, target, self.sample_losses(scores, target))
 
     # ----- metrics ----------------------------------------------------------------------------
 
-    def _accumulate(self, stage: str, scores: torch.Tensor, target: torch.Tensor) -> None:
+    def _accumulate(self, stage: str, scores, target, losses: torch.Tensor) -> None:
         """Add a batch to the epoch's sums (a handful of tensor ops, no host synchronisation)."""
         with torch.no_grad():
-            loss = self.data_loss(scores, target, reduction="sum")
+            loss = losses.sum()
             count = torch.full_like(loss, target.numel())
             if self.spec.task == "classification":
                 # Confusion counts in one pass: code 2·predicted + positive → tn, fn, fp, tp.
